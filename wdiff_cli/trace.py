@@ -45,7 +45,6 @@ class RunStart:
     gen_length: int
     mask_id: int
     eos_id: int | None
-    vocab: dict = field(default_factory=dict)  # token id -> text, for ids that appear (optional)
     type: str = "run_start"
     format: str = FORMAT
 
@@ -80,6 +79,7 @@ class RunEnd:
     seconds: float
     stop_reason: str
     token_ids: list[list[int]]
+    vocab: dict = field(default_factory=dict)  # token id -> text of every id in prompts and outputs
     type: str = "run_end"
 
     def to_dict(self) -> dict:
@@ -94,7 +94,7 @@ def from_dict(d: dict):
     if cls is None:
         raise ValueError(f"not a wdiff trace event: type={d.get('type')!r}")
     d = dict(d)
-    if cls is RunStart and "vocab" in d:
+    if cls is RunEnd and "vocab" in d:
         d["vocab"] = {int(k): v for k, v in d["vocab"].items()}
     return cls(**d)
 

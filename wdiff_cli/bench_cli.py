@@ -1,0 +1,5 @@
+"""``wdiff bench``: registered on the main app."""
+
+
+def register(app) -> None:
+    pass
