@@ -95,7 +95,8 @@ def validate(cfg: WindowConfig, gen_length: int, family: str) -> None:
     elif family == "llada":
         k_max = -(-bl // spb)
     else:
-        k_max = 1 if cfg.early_stop else -(-gen_length // cfg.steps) + 1
+        # Dream's schedule averages gen/steps per step (occasional catch-ups: the runtime guard)
+        k_max = 1 if cfg.early_stop else -(-gen_length // cfg.steps)
     if k_max > cfg.window:
         raise ValueError(f"{k_max} tokens per step exceed the {cfg.window} active tokens: "
                          f"use --window >= {k_max} or --steps >= {-(-gen_length // cfg.window)}")
