@@ -176,7 +176,7 @@ def stream(loaded: Loaded, prompts: list[str] | list[list[int]], settings: Setti
     vocab = {}
     if loaded.tokenizer is not None:
         seen = sorted({t for row in ids + gen for t in row})
-        vocab = {t: loaded.tokenizer.decode([t]) for t in seen}
+        vocab = {str(t): loaded.tokenizer.decode([t]) for t in seen}
     yield RunEnd(seconds=seconds, stop_reason=stop, token_ids=gen, vocab=vocab, **totals)
 
 

@@ -79,7 +79,7 @@ class RunEnd:
     seconds: float
     stop_reason: str
     token_ids: list[list[int]]
-    vocab: dict = field(default_factory=dict)  # token id -> text of every id in prompts and outputs
+    vocab: dict = field(default_factory=dict)  # str(token id) -> text, every id in prompts and outputs
     type: str = "run_end"
 
     def to_dict(self) -> dict:
@@ -93,9 +93,6 @@ def from_dict(d: dict):
     cls = EVENT_TYPES.get(d.get("type"))
     if cls is None:
         raise ValueError(f"not a wdiff trace event: type={d.get('type')!r}")
-    d = dict(d)
-    if cls is RunEnd and "vocab" in d:
-        d["vocab"] = {int(k): v for k, v in d["vocab"].items()}
     return cls(**d)
 
 
