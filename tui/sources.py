@@ -20,6 +20,11 @@ from typing import Callable, Iterator, Protocol
 from wdiff_cli.trace import RunEnd, RunStart, read_trace
 
 
+def int_keys(vocab: dict) -> dict[int, str]:
+    """The trace's ``vocab`` (JSON object keys are strings) -> {token id: text}."""
+    return {int(k): v for k, v in vocab.items()}
+
+
 class EventSource(Protocol):
     live: bool
     label: str
@@ -42,7 +47,7 @@ class ReplaySource:
             raise ValueError(f"{self.path}: not a wdiff trace (the first line must be a run_start event)")
         self.start: RunStart = self._events[0]
         end = self._events[-1]
-        self.vocab: dict[int, str] = end.vocab if isinstance(end, RunEnd) else {}
+        self.vocab: dict[int, str] = int_keys(end.vocab) if isinstance(end, RunEnd) else {}
 
     def events(self, cancelled: Callable[[], bool] = lambda: False) -> Iterator:
         yield from self._events
@@ -80,7 +85,7 @@ class LiveSource:
         self.prompts = prompts
         self.settings = dict(settings)
         self.chat = chat
-        self.label = f"{self.settings.get('strategy', 'window')} · {model.name}"
+        self.label = f"{self.settings.get('strategy', 'window')} · {Path(model.name).name or model.name}"
         self._texts: dict[int, str] = {}
 
     def with_strategy(self, strategy: str) -> "LiveSource":
@@ -109,7 +114,7 @@ class LiveSource:
                     except StopIteration:
                         return
                 if isinstance(ev, RunEnd):
-                    self._texts.update(ev.vocab)
+                    self._texts.update(int_keys(ev.vocab))
                 yield ev
         finally:
             it.close()

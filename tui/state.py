@@ -26,25 +26,19 @@ STATES = (PROMPT, DECODED, RECOMPUTED, COMMITTED, ACTIVE, BUFFER, FAR_FIELD, MAS
 
 @dataclass
 class StepView:
-    """Position sets of one step for the watched row (absolute positions)."""
+    """One step as seen by the watched row: position sets as spans (expanded only for the view)."""
 
     committed: list  # [[pos, token_id, confidence], ...]
-    computed: frozenset | None
-    buffer: frozenset
-    far_field: frozenset
+    computed: list | None  # None: the trace has no position sets (level "counts")
+    buffer: list
+    far_field: list
     masks_left: int | None
 
 
 def _step_view(ev: StepEvent, row: int) -> StepView:
     r = ev.rows[row] if row < len(ev.rows) else {}
-    comp = r.get("computed")
-    return StepView(
-        committed=r.get("committed", []),
-        computed=frozenset(expand(comp)) if comp is not None else None,
-        buffer=frozenset(expand(r.get("buffer", []))),
-        far_field=frozenset(expand(r.get("far_field", []))),
-        masks_left=r.get("masks_left"),
-    )
+    return StepView(committed=r.get("committed", []), computed=r.get("computed"), buffer=r.get("buffer", []),
+                    far_field=r.get("far_field", []), masks_left=r.get("masks_left"))
 
 
 @dataclass
@@ -111,7 +105,7 @@ class RunState:
     def _early_stop_fill(self) -> list:
         """Early stop overwrites everything after the first generated EOS without a commit record."""
         s = self.start
-        if not s.settings.get("early_stop") or s.eos_id is None:
+        if s.strategy != "window" or not s.settings.get("early_stop") or s.eos_id is None:
             return []
         lo = self.prompt_len
         try:
@@ -184,7 +178,9 @@ class RunState:
         sv = self.current_view()
         out = [PROMPT] * lo + [MASKED] * (n - lo)
         new = {p for p, _t, _c in sv.committed} if sv else set()
-        comp = sv.computed if sv else None
+        comp = set(expand(sv.computed)) if sv and sv.computed is not None else None
+        buffer = set(expand(sv.buffer)) if sv else set()
+        far = set(expand(sv.far_field)) if sv else set()
         for p in range(lo, n):
             if self.view[p] != mask:
                 if p in new:
@@ -196,9 +192,9 @@ class RunState:
             elif sv is not None and comp is not None:
                 if p in comp:
                     out[p] = ACTIVE
-                elif p in sv.buffer:
+                elif p in buffer:
                     out[p] = BUFFER
-                elif p in sv.far_field:
+                elif p in far:
                     out[p] = FAR_FIELD
         return out
 

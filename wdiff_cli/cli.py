@@ -34,7 +34,7 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
-        from .engine import GenerationError
+        from .errors import GenerationError
         from .loading import ModelLoadError
 
         try:

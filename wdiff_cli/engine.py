@@ -17,14 +17,11 @@ from typing import Iterator
 
 import torch
 
+from .errors import GenerationError
 from .loading import Loaded
 from .strategies import STRATEGIES, build
 from .strategies.base import Canvas, Sampling
 from .trace import RunEnd, RunStart, StepEvent
-
-
-class GenerationError(ValueError):
-    """Bad settings or input; the message is one actionable line."""
 
 
 @dataclass(frozen=True)

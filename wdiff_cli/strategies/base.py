@@ -159,8 +159,8 @@ def _expand(sp):
 
 
 def vanilla_step_flops(model: DiffusionLM, canvas: Canvas) -> int:
-    """What one full-recompute step costs (all positions, all logits) for this batch."""
-    return sum(model.flops(n, n) for n in canvas.row_lens)
+    """What one full-recompute step costs for this batch: every position, logits for the generation."""
+    return sum(model.flops(n, n, canvas.gen_length) for n in canvas.row_lens)
 
 
 def make_generator(device, seed: int) -> torch.Generator:

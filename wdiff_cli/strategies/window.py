@@ -214,7 +214,7 @@ def run(model: DiffusionLM, canvas: Canvas, sampling: Sampling, cfg: WindowConfi
         for b in refresh_rows + cached_rows:
             plans[b].offset = (plans[b].offset + 1) % cfg.refresh
         if cfg.early_stop:
-            _early_stop(canvas, plans, refresh_rows + cached_rows, a.eos_id, cfg)
+            _early_stop(canvas, plans, refresh_rows + cached_rows, a.eos_id, cfg, rec)
         yield rec.event(vflops)
         step += 1
 
@@ -382,7 +382,7 @@ def _cached(model, canvas, cache, plans, rows, actives, in_block, k_of, cfg, sam
     return dict(zip(rows, counts))
 
 
-def _early_stop(canvas: Canvas, plans, rows, eos_id: int, cfg: WindowConfig) -> None:
+def _early_stop(canvas: Canvas, plans, rows, eos_id: int, cfg: WindowConfig, rec: StepRecorder) -> None:
     """Cut each row at its first generated end-of-text and fill the rest with it."""
     x = canvas.x
     for b in rows:
@@ -390,6 +390,8 @@ def _early_stop(canvas: Canvas, plans, rows, eos_id: int, cfg: WindowConfig) -> 
         hits = (x[b, lo:hi] == eos_id).nonzero()
         if hits.numel():
             q = lo + int(hits[0])
+            if q + 1 < hi and not bool((x[b, q + 1: hi] == eos_id).all()):
+                rec.rows[b]["filled"] = [q + 1, hi, eos_id]  # trace: [start, stop) now holds eos_id
             x[b, q + 1: hi] = eos_id
             # official Dream: after an EOS every step is a prefix refresh with a leftmost commit
             plans[b].reach_eos = cfg.refresh_commit == "leftmost"
