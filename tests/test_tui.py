@@ -178,14 +178,16 @@ def test_run_state_seek_roundtrip_and_early_stop_fill():
     run.seek(64)
     assert run.view == end_view
 
-    # an early-stop fill (EOS written without a commit record) still shows, and reverts
+    # an early-stop fill (the row's `filled` record) shows, and reverts
     s = events[0]
     s.settings = dict(s.settings, early_stop=True)
     r2 = RunState()
     r2.add(s)
     eos = s.eos_id
+    end = s_len = len(s.prompt_token_ids[0]) + s.gen_length
     step = StepEvent(step=0, phase=0, kind="refresh", seconds=0.0, forward_passes=1, tokens_computed=1, flops=1,
-                     vanilla_flops=1, rows=[{"row": 0, "committed": [[10, eos, 0.9]], "masks_left": 0}])
+                     vanilla_flops=1, rows=[{"row": 0, "committed": [[10, eos, 0.9]], "masks_left": 0,
+                                            "filled": [11, end, eos]}])
     r2.add(step)
     r2.seek(1)
     assert all(t == eos for t in r2.view[10:])

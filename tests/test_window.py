@@ -32,15 +32,15 @@ def test_model_cached_subset_equals_full_forward(llada, dream):
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
-@pytest.mark.parametrize("gen_length,steps", [(32, 32), (32, 16)])
-def test_exactness_guard_window_full_coverage_equals_vanilla(llada, dream, family, gen_length, steps):
+@pytest.mark.parametrize("gen_length,steps,block", [(32, 32, None), (32, 16, None), (32, 32, 8)])
+def test_exactness_guard_window_full_coverage_equals_vanilla(llada, dream, family, gen_length, steps, block):
     """Window covering the whole generation + refresh every step == vanilla, token for token."""
     loaded = llada if family == "llada" else dream
     # Dream's paper preset commits the leftmost mask at a refresh; the guard uses the schedule commit
     extra = dict(refresh_commit="schedule") if family == "dream" else {}
     for prompt in PROMPTS:
-        v = generate(loaded, prompt, strategy="vanilla", gen_length=gen_length, steps=steps)
-        w = generate(loaded, prompt, strategy="window", gen_length=gen_length, steps=steps,
+        v = generate(loaded, prompt, strategy="vanilla", gen_length=gen_length, steps=steps, block_length=block)
+        w = generate(loaded, prompt, strategy="window", gen_length=gen_length, steps=steps, block_length=block,
                      window=gen_length, buffer=0, refresh=1, **extra)
         assert w.token_ids == v.token_ids
         assert w.forward_passes == v.forward_passes

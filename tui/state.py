@@ -33,12 +33,13 @@ class StepView:
     buffer: list
     far_field: list
     masks_left: int | None
+    filled: list | None = None  # [start, stop, token_id]: an early stop overwrote these positions
 
 
 def _step_view(ev: StepEvent, row: int) -> StepView:
     r = ev.rows[row] if row < len(ev.rows) else {}
     return StepView(committed=r.get("committed", []), computed=r.get("computed"), buffer=r.get("buffer", []),
-                    far_field=r.get("far_field", []), masks_left=r.get("masks_left"))
+                    far_field=r.get("far_field", []), masks_left=r.get("masks_left"), filled=r.get("filled"))
 
 
 @dataclass
@@ -77,7 +78,12 @@ class RunState:
             for pos, tok, _conf in view.committed:
                 diff.append((pos, self.head[pos], tok))
                 self.head[pos] = tok
-            diff += self._early_stop_fill()
+            if view.filled:
+                lo_f, hi_f, tok_f = view.filled
+                for p in range(lo_f, hi_f):
+                    if self.head[p] != tok_f:
+                        diff.append((p, self.head[p], tok_f))
+                        self.head[p] = tok_f
             self.steps.append(ev)
             self.views.append(view)
             self.diffs.append(diff)
@@ -101,23 +107,6 @@ class RunState:
                     if self.cursor == len(self.steps):
                         for pos, _old, new in extra:
                             self.view[pos] = new
-
-    def _early_stop_fill(self) -> list:
-        """Early stop overwrites everything after the first generated EOS without a commit record."""
-        s = self.start
-        if s.strategy != "window" or not s.settings.get("early_stop") or s.eos_id is None:
-            return []
-        lo = self.prompt_len
-        try:
-            q = self.head.index(s.eos_id, lo)
-        except ValueError:
-            return []
-        out = []
-        for p in range(q + 1, len(self.head)):
-            if self.head[p] != s.eos_id:
-                out.append((p, self.head[p], s.eos_id))
-                self.head[p] = s.eos_id
-        return out
 
     # ---- properties
     @property

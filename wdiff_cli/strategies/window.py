@@ -153,9 +153,12 @@ def run(model: DiffusionLM, canvas: Canvas, sampling: Sampling, cfg: WindowConfi
     n_blocks = G // bl
     spb = cfg.steps // n_blocks
     llada_sched = unmask.uniform_schedule(bl, spb)
-    timesteps = unmask.dream_timesteps(cfg.steps, sampling.eps, dev)
+    timesteps = unmask.dream_timesteps(spb, sampling.eps, dev)
     outer = cfg.window + cfg.buffer
     owed = [0] * B  # tokens the schedule asked for but the active set could not supply
+    row_blk = [0] * B  # each row's current semi-AR block
+    row_j = [0] * B  # steps the row has spent in that block
+    offsets = torch.arange(bl, device=dev)
 
     step = 0
     max_steps = cfg.steps + G  # the schedule finishes in `steps`; the rest only drains leftovers
@@ -164,21 +167,23 @@ def run(model: DiffusionLM, canvas: Canvas, sampling: Sampling, cfg: WindowConfi
         alive = masked.any(-1).tolist()
         if not any(alive):
             break
-        blk = min(step // spb, n_blocks - 1)
-        j = step - blk * spb
-        block_lo = canvas.gen_start + blk * bl  # (B,)
-        in_block = (canvas.pos >= block_lo[:, None]) & (canvas.pos < block_lo[:, None] + bl) & masked
-        if not bool(in_block.any()):
-            pass  # the block is done early (threshold/early stop): fall through to later blocks
-        due = []
+        # a row moves to its next block as soon as the current one is decoded (Fast-dLLM)
         for b in range(B):
-            if not alive[b]:
-                continue
-            if a.family == "llada" or cfg.tokens_per_step or cfg.threshold is not None:
-                base = cfg.tokens_per_step or (llada_sched[j] if j < spb else bl)
-            else:
-                base = unmask.dream_count(int(masked[b].sum()), step, cfg.steps, timesteps)
-            due.append(base + owed[b])
+            while alive[b] and row_blk[b] < n_blocks - 1 and not bool(
+                    masked[b, canvas.prompt_lens[b] + row_blk[b] * bl + offsets].any()):
+                row_blk[b] += 1
+                row_j[b] = 0
+        block_lo = canvas.gen_start + torch.tensor(row_blk, device=dev) * bl  # (B,)
+        in_block = (canvas.pos >= block_lo[:, None]) & (canvas.pos < block_lo[:, None] + bl) & masked
+        k_of = {}
+        for b in range(B):
+            if alive[b]:
+                j = row_j[b]
+                if a.family == "llada" or cfg.tokens_per_step or cfg.threshold is not None:
+                    base = cfg.tokens_per_step or (llada_sched[j] if j < spb else bl)
+                else:
+                    base = unmask.dream_count(int(in_block[b].sum()), j, spb, timesteps)
+                k_of[b] = base + owed[b]
         # which rows refresh this step
         refresh_rows, cached_rows = [], []
         for b in range(B):
@@ -199,7 +204,6 @@ def run(model: DiffusionLM, canvas: Canvas, sampling: Sampling, cfg: WindowConfi
         refresh_rows.sort()
         kind = "refresh" if refresh_rows and not cached_rows else "cached" if cached_rows and not refresh_rows else "mixed"
         rec = StepRecorder(model, canvas, level, step=step, phase=step // cfg.refresh, kind=kind)
-        k_of = dict(zip([b for b in range(B) if alive[b]], due))
 
         if refresh_rows:
             committed = _refresh(model, canvas, cache, plans, refresh_rows, masked, in_block, k_of, cfg,
@@ -213,6 +217,7 @@ def run(model: DiffusionLM, canvas: Canvas, sampling: Sampling, cfg: WindowConfi
                 owed[b] = max(0, k_of[b] - committed[b]) if cfg.threshold is None else 0
         for b in refresh_rows + cached_rows:
             plans[b].offset = (plans[b].offset + 1) % cfg.refresh
+            row_j[b] += 1
         if cfg.early_stop:
             _early_stop(canvas, plans, refresh_rows + cached_rows, a.eos_id, cfg, rec)
         yield rec.event(vflops)
