@@ -106,40 +106,18 @@ class _status:
 
 @app.command()
 @user_errors
+@o.with_generation_options
 def generate(
     prompt: Annotated[Optional[str], typer.Argument(help="Prompt text, or - to read stdin.")] = None,
     prompt_file: Annotated[Optional[Path], typer.Option(help="One prompt per line, or JSONL with a \"prompt\" field: runs them as one batch.")] = None,
     model: o.Model = "tiny",
-    strategy: o.Strategy = "window",
-    gen_length: o.GenLength = 128,
-    steps: o.Steps = None,
-    block_length: o.BlockLength = None,
-    threshold: o.Threshold = None,
-    tokens_per_step: o.TokensPerStep = None,
-    preset: o.Preset = None,
-    window: o.Window = None,
-    buffer: o.Buffer = None,
-    refresh: o.Refresh = None,
-    refresh_scope: o.RefreshScope = None,
-    refresh_commit: o.RefreshCommit = None,
-    active_shape: o.ActiveShape = None,
-    slide: o.Slide = None,
-    early_stop: o.EarlyStop = None,
-    temperature: o.Temperature = 0.0,
-    remasking: o.Remasking = "low_confidence",
-    cfg_scale: o.CfgScale = 0.0,
-    alg: o.Alg = "entropy",
-    alg_temp: o.AlgTemp = 0.0,
-    top_p: o.TopP = None,
-    top_k: o.TopK = None,
-    eps: o.Eps = 1e-3,
-    seed: o.Seed = 0,
     chat: o.Chat = None,
     device: o.Device = "auto",
     dtype: o.Dtype = "auto",
     fmt: Annotated[str, typer.Option("--format", "-f", help="text | json | jsonl")] = "text",
     trace: Annotated[Optional[Path], typer.Option(help="Write the per-step trace (wdiff-trace/1 JSONL) here.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+    settings: dict = None,
 ):
     """Generate text. Default: the built-in `tiny` model with the Window-Diffusion paper preset.
 
@@ -153,12 +131,6 @@ def generate(
     if trace is not None and not trace.parent.exists():
         raise UserError(f"--trace {trace}: folder {trace.parent} does not exist")
     prompts = read_prompts(prompt, prompt_file)
-    settings = dict(strategy=strategy, gen_length=gen_length, steps=steps, block_length=block_length,
-                    threshold=threshold, tokens_per_step=tokens_per_step, preset=preset, window=window,
-                    buffer=buffer, refresh=refresh, refresh_scope=refresh_scope, refresh_commit=refresh_commit,
-                    active_shape=active_shape, slide=slide, early_stop=early_stop, temperature=temperature,
-                    remasking=remasking, cfg_scale=cfg_scale, alg=alg, alg_temp=alg_temp, top_p=top_p,
-                    top_k=top_k, eps=eps, seed=seed)
     from .engine import Settings, resolve_settings
 
     s = Settings(**settings)
@@ -182,7 +154,7 @@ def run_generation(loaded, prompts, settings, chat, trace_path, progress: bool):
     """Drain the event stream with an optional trace writer and stderr progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .engine import Result, decode, stream
+    from .engine import Result, stream
     from .trace import RunEnd, RunStart, TraceWriter
 
     writer = TraceWriter(trace_path) if trace_path else None
@@ -210,11 +182,7 @@ def run_generation(loaded, prompts, settings, chat, trace_path, progress: bool):
     finally:
         if writer:
             writer.close(ok)
-    texts = [decode(loaded, g) for g in end.token_ids]
-    return Result(texts=texts, token_ids=end.token_ids, prompt_token_ids=start.prompt_token_ids, model=loaded.name,
-                  strategy=start.strategy, settings=start.settings, steps=end.steps,
-                  forward_passes=end.forward_passes, tokens_computed=end.tokens_computed, flops=end.flops,
-                  vanilla_flops_estimate=end.vanilla_flops_estimate, seconds=end.seconds, stop_reason=end.stop_reason)
+    return Result.from_run(loaded, start, end)
 
 
 @app.command()

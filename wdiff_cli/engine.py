@@ -76,6 +76,15 @@ class Result:
     stop_reason: str
     events: list = field(default_factory=list)
 
+    @classmethod
+    def from_run(cls, loaded: Loaded, start: RunStart, end: RunEnd, events=()) -> "Result":
+        return cls(texts=[decode(loaded, g) for g in end.token_ids], token_ids=end.token_ids,
+                   prompt_token_ids=start.prompt_token_ids, model=loaded.name, strategy=start.strategy,
+                   settings=start.settings, steps=end.steps, forward_passes=end.forward_passes,
+                   tokens_computed=end.tokens_computed, flops=end.flops,
+                   vanilla_flops_estimate=end.vanilla_flops_estimate, seconds=end.seconds,
+                   stop_reason=end.stop_reason, events=list(events))
+
     def row_json(self, b: int = 0) -> dict:
         """The ``--format json`` object of prompt ``b``."""
         return dict(
@@ -192,12 +201,7 @@ def generate(loaded: Loaded, prompts: str | list[str] | list[list[int]], chat: b
             end = ev
         elif keep_events:
             events.append(ev)
-    texts = [decode(loaded, g) for g in end.token_ids]
-    return Result(texts=texts, token_ids=end.token_ids, prompt_token_ids=start.prompt_token_ids, model=loaded.name,
-                  strategy=start.strategy, settings=start.settings, steps=end.steps,
-                  forward_passes=end.forward_passes, tokens_computed=end.tokens_computed, flops=end.flops,
-                  vanilla_flops_estimate=end.vanilla_flops_estimate, seconds=end.seconds,
-                  stop_reason=end.stop_reason, events=events)
+    return Result.from_run(loaded, start, end, events)
 
 
 __all__ = ["Settings", "Result", "GenerationError", "stream", "generate", "encode", "decode", "StepEvent"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
 from typing import Annotated, Optional
 
 import typer
@@ -42,6 +45,38 @@ Slide = Annotated[Optional[bool], typer.Option("--slide/--no-slide", help="Span:
 EarlyStop = Annotated[Optional[bool], typer.Option("--early-stop/--no-early-stop", help="Stop at the first end-of-text and fill the rest with it [off].", rich_help_panel=WIN)]
 
 
-def settings_kwargs(**kw) -> dict:
-    """CLI values -> ``engine.Settings`` keyword arguments (same names)."""
-    return kw
+# every ``engine.Settings`` field as a CLI option: (name, annotation, default)
+GENERATION_OPTIONS = [
+    ("strategy", Strategy, "window"), ("gen_length", GenLength, 128), ("steps", Steps, None),
+    ("block_length", BlockLength, None), ("threshold", Threshold, None), ("tokens_per_step", TokensPerStep, None),
+    ("preset", Preset, None), ("window", Window, None), ("buffer", Buffer, None), ("refresh", Refresh, None),
+    ("refresh_scope", RefreshScope, None), ("refresh_commit", RefreshCommit, None),
+    ("active_shape", ActiveShape, None), ("slide", Slide, None), ("early_stop", EarlyStop, None),
+    ("temperature", Temperature, 0.0), ("remasking", Remasking, "low_confidence"), ("cfg_scale", CfgScale, 0.0),
+    ("alg", Alg, "entropy"), ("alg_temp", AlgTemp, 0.0), ("top_p", TopP, None), ("top_k", TopK, None),
+    ("eps", Eps, 1e-3), ("seed", Seed, 0),
+]
+
+
+def with_generation_options(fn):
+    """Add every generation option to a typer command; the command receives them as ``settings``.
+
+    The options are declared once here, so ``generate`` and ``watch`` cannot drift apart.
+    """
+    sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)  # resolve `from __future__` string annotations
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
+           if p.name != "settings"]
+    extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d)
+             for n, a, d in GENERATION_OPTIONS]
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        settings = {n: kw.pop(n) for n, _, _ in GENERATION_OPTIONS}
+        return fn(*args, settings=settings, **kw)
+
+    wrapper.__signature__ = sig.replace(parameters=own + extra)
+    wrapper.__annotations__ = {**{k: v for k, v in hints.items() if k != "settings"},
+                               **{n: a for n, a, _ in GENERATION_OPTIONS}}
+    del wrapper.__wrapped__  # typer must read the new signature, not the wrapped one
+    return wrapper

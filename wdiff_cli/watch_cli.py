@@ -15,6 +15,7 @@ def register(app) -> None:
 
     @app.command()
     @user_errors
+    @o.with_generation_options
     def watch(
         prompt: Annotated[Optional[str], typer.Argument(help="Prompt text (live mode).")] = None,
         trace: Annotated[Optional[Path], typer.Option("--trace", "-t", help="Replay a trace written by `wdiff generate --trace` (no model is loaded).")] = None,
@@ -23,33 +24,10 @@ def register(app) -> None:
         speed: Annotated[int, typer.Option(help="Playback speed in steps per second (+/- change it).")] = 20,
         paused: Annotated[bool, typer.Option("--paused", help="Start paused (space plays).")] = False,
         model: o.Model = "tiny",
-        strategy: o.Strategy = "window",
-        gen_length: o.GenLength = 128,
-        steps: o.Steps = None,
-        block_length: o.BlockLength = None,
-        threshold: o.Threshold = None,
-        tokens_per_step: o.TokensPerStep = None,
-        preset: o.Preset = None,
-        window: o.Window = None,
-        buffer: o.Buffer = None,
-        refresh: o.Refresh = None,
-        refresh_scope: o.RefreshScope = None,
-        refresh_commit: o.RefreshCommit = None,
-        active_shape: o.ActiveShape = None,
-        slide: o.Slide = None,
-        early_stop: o.EarlyStop = None,
-        temperature: o.Temperature = 0.0,
-        remasking: o.Remasking = "low_confidence",
-        cfg_scale: o.CfgScale = 0.0,
-        alg: o.Alg = "entropy",
-        alg_temp: o.AlgTemp = 0.0,
-        top_p: o.TopP = None,
-        top_k: o.TopK = None,
-        eps: o.Eps = 1e-3,
-        seed: o.Seed = 0,
         chat: o.Chat = None,
         device: o.Device = "auto",
         dtype: o.Dtype = "auto",
+        settings: dict = None,
     ):
         """Watch a run denoise step by step: a live generation, or a recorded trace with --trace.
 
@@ -83,13 +61,6 @@ def register(app) -> None:
                 raise UserError(f"--row {row}: there are {len(prompts)} prompt(s)")
             from tui.sources import LiveSource, SharedModel
 
-            settings = o.settings_kwargs(
-                strategy=strategy, gen_length=gen_length, steps=steps, block_length=block_length,
-                threshold=threshold, tokens_per_step=tokens_per_step, preset=preset, window=window, buffer=buffer,
-                refresh=refresh, refresh_scope=refresh_scope, refresh_commit=refresh_commit,
-                active_shape=active_shape, slide=slide, early_stop=early_stop, temperature=temperature,
-                remasking=remasking, cfg_scale=cfg_scale, alg=alg, alg_temp=alg_temp, top_p=top_p, top_k=top_k,
-                eps=eps, seed=seed)
             source = LiveSource(SharedModel(model, device=device, dtype=dtype), prompts, settings, chat=chat)
         from tui import run_watch
 
