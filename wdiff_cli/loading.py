@@ -139,12 +139,24 @@ def pick_dtype(dtype: str, device) -> "torch.dtype":
     return table[dtype]
 
 
+def linear_weight_names(model) -> set[str]:
+    import torch.nn as nn
+
+    return {f"{name}.weight" for name, mod in model.named_modules() if isinstance(mod, nn.Linear)}
+
+
 def load_weights(model, path: Path, device, dtype) -> None:
-    """Strictly load safetensors into a meta-initialised model, tensor by tensor."""
+    """Strictly load safetensors into a meta-initialised model, tensor by tensor.
+
+    On CPU, linear weights are stored column-major ((in, out) contiguous, seen as (out, in)):
+    oneDNN/MKL run the small-M matmuls of windowed steps ~1.4x faster in that layout (measured
+    M=17..31, d=256..1376), and large M is unchanged.
+    """
     import torch
     from safetensors import safe_open
 
     expected = dict(model.state_dict(keep_vars=True))
+    column_major = linear_weight_names(model) if torch.device(device).type == "cpu" else set()
     seen: dict[str, object] = {}
     for f in safetensor_files(path):
         try:
@@ -156,7 +168,8 @@ def load_weights(model, path: Path, device, dtype) -> None:
                         if tuple(t.shape) != want:
                             raise ModelLoadError(f"{f.name}: tensor {key} has shape {tuple(t.shape)}, "
                                                  f"the config implies {want}")
-                        seen[key] = t.to(device=device, dtype=dtype)
+                        t = t.to(device=device, dtype=dtype)
+                        seen[key] = t.t().contiguous().t() if key in column_major else t
                     else:
                         seen.setdefault(key, None)
         except ModelLoadError:

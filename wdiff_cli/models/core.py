@@ -56,6 +56,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # fused kernel; same math as below when no cast is involved
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -149,6 +151,8 @@ class Attend:
                 kc, vc = kc[self.rows], vc[self.rows]
             if isinstance(self.keys, int):
                 k, v = kc[:, :, : self.keys], vc[:, :, : self.keys]
+            elif self.keys.shape[0] == 1:  # one row: a plain index_select copies far less than gather
+                k, v = kc.index_select(2, self.keys[0]), vc.index_select(2, self.keys[0])
             else:
                 idx = self.keys[:, None, :, None].expand(-1, kc.shape[1], -1, kc.shape[3])
                 k, v = kc.gather(2, idx), vc.gather(2, idx)  # (b, G, S, D)
@@ -159,6 +163,11 @@ class Attend:
         if self.key_valid is not None:
             mask = self.key_valid[:, None, None, :]  # (b, 1, 1, S)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _linear(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    # F.linear directly: skips nn.Module call overhead, ~7 calls per layer per step
+    return F.linear(x, mod.weight, mod.bias)
 
 
 class Block(nn.Module):
@@ -180,15 +189,15 @@ class Block(nn.Module):
         m, a = self._m, self.args
         b, t, _ = h.shape
         x = m["attn_norm"](h)
-        q = m["q"](x).view(b, t, a.n_heads, a.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = m["k"](x).view(b, t, a.n_kv_heads, a.head_dim).transpose(1, 2)  # (B, G, T, D)
-        v = m["v"](x).view(b, t, a.n_kv_heads, a.head_dim).transpose(1, 2)
+        q = _linear(m["q"], x).view(b, t, a.n_heads, a.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = _linear(m["k"], x).view(b, t, a.n_kv_heads, a.head_dim).transpose(1, 2)  # (B, G, T, D)
+        v = _linear(m["v"], x).view(b, t, a.n_kv_heads, a.head_dim).transpose(1, 2)
         q = apply_rope(q, cos, sin, a.rope_fp32)
         k = apply_rope(k, cos, sin, a.rope_fp32)
         att = attend(self.layer, q, k, v, self.n_rep)  # (B, H, T, D)
-        h = h + m["o"](att.transpose(1, 2).reshape(b, t, a.n_heads * a.head_dim))
+        h = h + _linear(m["o"], att.transpose(1, 2).reshape(b, t, a.n_heads * a.head_dim))
         x = m["mlp_norm"](h)
-        return h + m["down"](F.silu(m["gate"](x)) * m["up"](x))
+        return h + _linear(m["down"], F.silu(_linear(m["gate"], x)) * _linear(m["up"], x))
 
 
 class DiffusionLM(nn.Module):
