@@ -92,6 +92,29 @@ def test_dream_shift_predicts_token_p_from_logits_at_p_minus_1():
     assert torch.equal(T.shift_logits(shifted)[:, 1:], shifted[:, :-1])
 
 
+def test_causal_attend_hides_the_future_and_ar_loss_predicts_the_next_token():
+    from wdiff_cli.models import build_model
+
+    cfg = T.model_config("dream", vocab=40, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=64,
+                         seq_len=16, eos_id=38, mask_id=39, max_positions=64)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    x = torch.randint(0, 38, (2, 12))
+    pos = torch.arange(12).expand(2, 12)
+    y = x.clone()
+    y[:, 7:] = (y[:, 7:] + 1) % 38
+    a, b = model(x, pos, T.CausalAttend()), model(y, pos, T.CausalAttend())
+    torch.testing.assert_close(a[:, :7], b[:, :7])
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+    assert not torch.allclose(model(x, pos)[:, :7], model(y, pos)[:, :7])  # the default is bidirectional
+    logits = torch.full((1, 4, 5), -30.0)
+    tgt = torch.tensor([[1, 2, 3, 4]])
+    for i in range(3):
+        logits[0, i, tgt[0, i + 1]] = 30.0
+    loss, ok = T.ar_loss(logits, tgt)
+    assert loss.item() < 1e-6 and ok.shape == (3,) and bool(ok.all())
+
+
 # ---------------------------------------------------------------------------------------------
 # data
 
@@ -103,8 +126,8 @@ def _work(rng: random.Random, speeches: int) -> str:
     out = []
     for _ in range(speeches):
         who = rng.choice(["KING", "QUEEN", "FOOL", "FIRST LORD"])
-        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 8))).capitalize() + rng.choice(",.;!?")
-                 for _ in range(rng.randint(1, 4))]
+        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 6))).capitalize() + rng.choice(",.;!?")
+                 for _ in range(rng.randint(1, 3))]
         out.append(f"{who}.\n" + "\n".join(lines))
     return "\n\n".join(out) + "\n"
 
@@ -138,7 +161,7 @@ def test_document_rows_are_whole_paragraphs_then_eos_padding(corpus):
     rng = np.random.default_rng(0)
     n_docs = 0
     for _ in range(50):
-        row = s.document(rng, 64)
+        row = s.document(rng, 128)
         if row is None:
             continue
         n_docs += 1
@@ -196,12 +219,16 @@ def test_short_run_writes_a_loadable_checkpoint(corpus, tmp_path, family):
 
 
 def test_resume_continues_exactly(corpus, tmp_path):
-    full = T.train(str(corpus), str(tmp_path / "a"), "dream", max_steps=4, run_dir=str(tmp_path / "ra"), **TINY)
-    T.train(str(corpus), str(tmp_path / "b"), "dream", max_steps=2, run_dir=str(tmp_path / "rb"), **TINY)
+    kw = dict(TINY, ar_steps=1)  # the resumed part crosses the AR warm-up -> diffusion switch
+    full = T.train(str(corpus), str(tmp_path / "a"), "dream", max_steps=4, run_dir=str(tmp_path / "ra"), **kw)
+    T.train(str(corpus), str(tmp_path / "b"), "dream", max_steps=2, run_dir=str(tmp_path / "rb"), **kw)
     with pytest.raises(FileExistsError):
-        T.train(str(corpus), str(tmp_path / "b"), "dream", max_steps=4, run_dir=str(tmp_path / "rb"), **TINY)
+        T.train(str(corpus), str(tmp_path / "b"), "dream", max_steps=4, run_dir=str(tmp_path / "rb"), **kw)
+    with pytest.raises(ValueError):  # a different recipe cannot continue this run
+        T.train(str(corpus), str(tmp_path / "b"), "dream", max_steps=4, run_dir=str(tmp_path / "rb"),
+                resume=True, **dict(kw, lr=1e-2))
     res = T.train(str(corpus), str(tmp_path / "b"), "dream", max_steps=4, run_dir=str(tmp_path / "rb"),
-                  resume=True, **TINY)
+                  resume=True, **kw)
     assert res["steps"] == full["steps"] == 4 and res["tokens"] == full["tokens"]
     a = torch.load(tmp_path / "ra" / "state.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "rb" / "state.pt", weights_only=False)["model"]

@@ -234,6 +234,28 @@ def shift_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
 
 
+class CausalAttend:
+    """Causal self-attention for the autoregressive warm-up (Dream-style AR initialisation).
+
+    Plugs into the model's ``attend`` hook (see ``models.core.Attend``); nothing is cached.
+    """
+
+    def __call__(self, layer: int, q, k, v, n_rep: int) -> torch.Tensor:
+        if n_rep > 1:
+            k = k.repeat_interleave(n_rep, dim=1)
+            v = v.repeat_interleave(n_rep, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def ar_loss(logits: torch.Tensor, x: torch.Tensor):
+    """Next-token cross-entropy (logits at p predict token p+1). Returns (loss, correct)."""
+    lg, tgt = logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)
+    loss = F.cross_entropy(lg.float(), tgt)
+    with torch.no_grad():
+        correct = lg.argmax(-1) == tgt
+    return loss, correct
+
+
 def diffusion_loss(logits: torch.Tensor, x: torch.Tensor, m: torch.Tensor, p: torch.Tensor, shift: bool):
     """sum over masked positions of CE / p, divided by the maskable tokens B * (T - shift).
 
@@ -422,7 +444,7 @@ def train(corpus: str, out: str, family: str = "llada", *, d_model: int = 256, n
           vocab_size: int = 4096, seq_len: int = 256, batch_size: int = 16, lr: float = 1e-3,
           min_lr_ratio: float = 0.1, warmup: int = 100, weight_decay: float = 0.1, max_steps: int = 1000,
           max_minutes: float | None = None, seed: int = 0, eval_every: int = 100, eval_rows: int = 32,
-          val_works=DEFAULT_VAL_WORKS, doc_frac: float = 0.5, run_dir: str | None = None,
+          val_works=DEFAULT_VAL_WORKS, doc_frac: float = 0.5, ar_steps: int = 0, run_dir: str | None = None,
           resume: bool = False, threads: int = 1, save_dtype: str = "bfloat16",
           max_positions: int | None = None, progress: bool = True, sample_prompt: str | None = None) -> dict:
     """Train a masked-diffusion LM; export config/weights/tokenizer to ``out``. Returns a summary.
@@ -490,6 +512,8 @@ def train(corpus: str, out: str, family: str = "llada", *, d_model: int = 256, n
                 mlp_hidden=mlp_hidden, vocab_size=vocab_size, seq_len=seq_len, batch_size=batch_size, lr=lr,
                 min_lr_ratio=min_lr_ratio, warmup=warmup, weight_decay=weight_decay, max_steps=max_steps,
                 seed=seed, doc_frac=doc_frac, val_works=list(val_works_d))
+    if ar_steps:
+        opts["ar_steps"] = ar_steps
     step, tokens, elapsed, history = 0, 0, 0.0, []
     if resume and state_file.exists():
         st = torch.load(state_file, map_location="cpu", weights_only=False)
@@ -546,13 +570,15 @@ def train(corpus: str, out: str, family: str = "llada", *, d_model: int = 256, n
         rng = np.random.default_rng([seed, step])
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         x = train_s.batch(rng, batch_size, seq_len, doc_frac)
-        noisy, m, p = forward_process(x, mask_id, gen, shift)
         pos = torch.arange(seq_len).expand(batch_size, seq_len)
         cur_lr = lr_at(step, lr, warmup, max_steps, min_lr_ratio)
         for grp in opt.param_groups:
             grp["lr"] = cur_lr
-        logits = model(noisy, pos)
-        loss, ce, ok = diffusion_loss(logits, x, m, p, shift)
+        if step < ar_steps:  # autoregressive warm-up: causal attention, next-token loss
+            loss, ok = ar_loss(model(x, pos, CausalAttend()), x)
+        else:
+            noisy, m, p = forward_process(x, mask_id, gen, shift)
+            loss, _, ok = diffusion_loss(model(noisy, pos), x, m, p, shift)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -652,6 +678,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=100, help="validate + checkpoint every N steps")
     ap.add_argument("--val-works", default=",".join(DEFAULT_VAL_WORKS), help="held-out works, comma-separated")
     ap.add_argument("--doc-frac", type=float, default=0.5, help="share of EOS-padded document rows")
+    ap.add_argument("--ar-steps", type=int, default=0,
+                    help="first N steps: autoregressive warm-up (causal attention, next-token loss)")
     ap.add_argument("--run-dir", default=None, help="resumable state (default runs/<name of --out>)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
@@ -672,7 +700,7 @@ def main(argv=None) -> int:
                 n_kv_heads=a.n_kv_heads, mlp_hidden=a.mlp_hidden, vocab_size=a.vocab_size, seq_len=a.seq_len,
                 batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, weight_decay=a.weight_decay,
                 max_steps=a.max_steps, max_minutes=a.max_minutes, seed=a.seed, eval_every=a.eval_every,
-                val_works=val_works, doc_frac=a.doc_frac, run_dir=a.run_dir, resume=a.resume,
+                val_works=val_works, doc_frac=a.doc_frac, ar_steps=a.ar_steps, run_dir=a.run_dir, resume=a.resume,
                 threads=a.threads, save_dtype=a.save_dtype, progress=not a.no_progress,
                 sample_prompt=a.sample_prompt.encode().decode('unicode_escape') if a.sample_prompt else None)
     print(json.dumps(res, indent=2))
