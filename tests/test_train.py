@@ -180,7 +180,7 @@ def test_document_rows_are_whole_paragraphs_then_eos_padding(corpus):
 # end to end
 
 TINY = dict(d_model=32, n_layers=2, n_heads=2, vocab_size=300, seq_len=32, batch_size=4, lr=3e-3, warmup=10,
-            eval_every=2, eval_rows=4, val_works=("val_a", "val_b"), progress=False)
+            eval_every=2, eval_rows=4, val_works=("val_a", "val_b"), ar_steps=0, progress=False)
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
@@ -218,6 +218,12 @@ def test_short_run_writes_a_loadable_checkpoint(corpus, tmp_path, family):
     assert T.sample(ld.model, tok, "KING.\n", gen_length=8, steps=8) is not None
 
 
+def test_ar_warmup_must_leave_diffusion_steps(corpus, tmp_path):
+    with pytest.raises(ValueError, match="no diffusion steps"):
+        T.train(str(corpus), str(tmp_path / "m"), "llada", max_steps=3, run_dir=str(tmp_path / "r"),
+                **dict(TINY, ar_steps=3))
+
+
 def test_resume_continues_exactly(corpus, tmp_path):
     kw = dict(TINY, ar_steps=1)  # the resumed part crosses the AR warm-up -> diffusion switch
     full = T.train(str(corpus), str(tmp_path / "a"), "dream", max_steps=4, run_dir=str(tmp_path / "ra"), **kw)
@@ -230,6 +236,7 @@ def test_resume_continues_exactly(corpus, tmp_path):
     res = T.train(str(corpus), str(tmp_path / "b"), "dream", max_steps=4, run_dir=str(tmp_path / "rb"),
                   resume=True, **kw)
     assert res["steps"] == full["steps"] == 4 and res["tokens"] == full["tokens"]
+    assert json.loads((tmp_path / "b" / "training.json").read_text())["ar_steps"] == 1
     a = torch.load(tmp_path / "ra" / "state.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "rb" / "state.pt", weights_only=False)["model"]
     assert a.keys() == b.keys()

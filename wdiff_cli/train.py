@@ -439,19 +439,22 @@ def sample(model, tokenizer, prompt: str, gen_length: int = 64, steps: int | Non
 # training
 
 
-def train(corpus: str, out: str, family: str = "llada", *, d_model: int = 256, n_layers: int = 6,
+def train(corpus: str, out: str, family: str = "llada", *, d_model: int = 192, n_layers: int = 4,
           n_heads: int = 4, n_kv_heads: int | None = None, mlp_hidden: int | None = None,
-          vocab_size: int = 4096, seq_len: int = 256, batch_size: int = 16, lr: float = 1e-3,
-          min_lr_ratio: float = 0.1, warmup: int = 100, weight_decay: float = 0.1, max_steps: int = 1000,
-          max_minutes: float | None = None, seed: int = 0, eval_every: int = 100, eval_rows: int = 32,
-          val_works=DEFAULT_VAL_WORKS, doc_frac: float = 0.5, ar_steps: int = 0, run_dir: str | None = None,
-          resume: bool = False, threads: int = 1, save_dtype: str = "bfloat16",
+          vocab_size: int = 4096, seq_len: int = 256, batch_size: int = 16, lr: float = 2e-3,
+          min_lr_ratio: float = 0.1, warmup: int = 100, weight_decay: float = 0.1, max_steps: int = 2000,
+          max_minutes: float | None = None, seed: int = 0, eval_every: int = 200, eval_rows: int = 32,
+          val_works=DEFAULT_VAL_WORKS, doc_frac: float = 0.5, ar_steps: int | None = None,
+          run_dir: str | None = None, resume: bool = False, threads: int = 1, save_dtype: str = "float32",
           max_positions: int | None = None, progress: bool = True, sample_prompt: str | None = None) -> dict:
     """Train a masked-diffusion LM; export config/weights/tokenizer to ``out``. Returns a summary.
 
     ``max_steps`` sets the learning-rate schedule; ``max_minutes`` (wall clock, summed over
-    resumed segments) stops earlier. The resumable state lives in ``run_dir``
+    resumed segments) stops earlier. The first ``ar_steps`` steps (default 30% of
+    ``max_steps``) are an autoregressive warm-up (causal attention, next-token loss); the rest
+    use the masked-diffusion objective. The resumable state lives in ``run_dir``
     (default ``runs/<name of out>``); ``resume=True`` continues from it.
+    The defaults are the recipe of the built-in models.
     """
     family = family.lower()
     if family not in ("llada", "dream"):
@@ -463,6 +466,11 @@ def train(corpus: str, out: str, family: str = "llada", *, d_model: int = 256, n
     if state_file.exists() and not resume:
         raise FileExistsError(f"{run_p} already holds a run; pass resume=True (--resume) or another run dir")
     run_p.mkdir(parents=True, exist_ok=True)
+    saved = torch.load(state_file, map_location="cpu", weights_only=False) if resume and state_file.exists() else None
+    if ar_steps is None:
+        ar_steps = saved["opts"].get("ar_steps", 0) if saved else round(0.3 * max_steps)
+    if ar_steps >= max_steps:
+        raise ValueError(f"ar_steps {ar_steps} leaves no diffusion steps (max_steps {max_steps})")
     shift = family == "dream"
     n_kv_heads = n_kv_heads or (n_heads if family == "llada" else max(1, n_heads // 2))
     mlp_hidden = mlp_hidden or _round_up(int(8 * d_model / 3))
@@ -511,14 +519,12 @@ def train(corpus: str, out: str, family: str = "llada", *, d_model: int = 256, n
     opts = dict(family=family, d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
                 mlp_hidden=mlp_hidden, vocab_size=vocab_size, seq_len=seq_len, batch_size=batch_size, lr=lr,
                 min_lr_ratio=min_lr_ratio, warmup=warmup, weight_decay=weight_decay, max_steps=max_steps,
-                seed=seed, doc_frac=doc_frac, val_works=list(val_works_d))
-    if ar_steps:
-        opts["ar_steps"] = ar_steps
+                seed=seed, doc_frac=doc_frac, val_works=list(val_works_d), ar_steps=ar_steps)
     step, tokens, elapsed, history = 0, 0, 0.0, []
-    if resume and state_file.exists():
-        st = torch.load(state_file, map_location="cpu", weights_only=False)
-        changed = {k: (st["opts"].get(k), v) for k, v in opts.items()
-                   if k not in ("max_steps",) and st["opts"].get(k) != v}
+    if saved is not None:
+        st = saved
+        old = {"ar_steps": 0, **st["opts"]}
+        changed = {k: (old.get(k), v) for k, v in opts.items() if k != "max_steps" and old.get(k) != v}
         if changed:
             raise ValueError(f"cannot resume {run_p}: options differ from the saved run: {changed}")
         model.load_state_dict(st["model"])
@@ -661,29 +667,30 @@ def main(argv=None) -> int:
     ap.add_argument("--corpus", required=True, help="folder of *.txt works")
     ap.add_argument("--out", required=True, help="model directory to write (or to evaluate with --eval-only)")
     ap.add_argument("--family", default="llada", choices=["llada", "dream"])
-    ap.add_argument("--d-model", type=int, default=256)
-    ap.add_argument("--n-layers", type=int, default=6)
+    ap.add_argument("--d-model", type=int, default=192)
+    ap.add_argument("--n-layers", type=int, default=4)
     ap.add_argument("--n-heads", type=int, default=4)
     ap.add_argument("--n-kv-heads", type=int, default=None, help="default: n_heads (llada), n_heads/2 (dream)")
     ap.add_argument("--mlp-hidden", type=int, default=None, help="default: 8/3 d_model rounded up to 64")
     ap.add_argument("--vocab-size", type=int, default=4096)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--weight-decay", type=float, default=0.1)
-    ap.add_argument("--max-steps", type=int, default=1000, help="length of the lr schedule")
+    ap.add_argument("--max-steps", type=int, default=2000, help="length of the lr schedule")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop earlier after this much wall time")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval-every", type=int, default=100, help="validate + checkpoint every N steps")
+    ap.add_argument("--eval-every", type=int, default=200, help="validate + checkpoint every N steps")
     ap.add_argument("--val-works", default=",".join(DEFAULT_VAL_WORKS), help="held-out works, comma-separated")
     ap.add_argument("--doc-frac", type=float, default=0.5, help="share of EOS-padded document rows")
-    ap.add_argument("--ar-steps", type=int, default=0,
-                    help="first N steps: autoregressive warm-up (causal attention, next-token loss)")
+    ap.add_argument("--ar-steps", type=int, default=None,
+                    help="first N steps: autoregressive warm-up (causal attention, next-token loss); "
+                         "default 30%% of --max-steps, 0 = diffusion only")
     ap.add_argument("--run-dir", default=None, help="resumable state (default runs/<name of --out>)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--save-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--save-dtype", default="float32", choices=["bfloat16", "float32"])
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--sample-prompt", default=None, help="log a greedy sample from this prompt at every eval")
     ap.add_argument("--eval-only", action="store_true", help="evaluate --out on the held-out works and exit")
