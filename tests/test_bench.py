@@ -6,7 +6,6 @@ import copy
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -304,22 +303,16 @@ def test_plot_written(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_two_ranks_gloo(ckpt, tmp_path):
     """torchrun with 2 CPU ranks: each takes its shard, rank 0 gathers and writes the merged report."""
     out = tmp_path / "dist.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "wdiff_cli", "bench", "-m", str(ckpt), "--gen-length", "16", "--repeats", "1", "--warmup", "0",
            "--nll-masks", "1", "-s", "vanilla,window", "--no-progress", "--threads", "1", "--json", str(out),
            "ROMEO:", "JULIET:", "HAMLET:"]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, f"torchrun exit {p.returncode}\nstdout:\n{p.stdout[-1500:]}\nstderr:\n{p.stderr[-4000:]}"
     rep = json.loads(out.read_text())
     assert rep["settings"]["world_size"] == 2 and rep["settings"]["shard"] is None
     assert sorted(s["shard"] for s in rep["shards"]) == ["0/2", "1/2"]

@@ -487,6 +487,9 @@ def run_bench(loaded, prompts: list[Prompt], specs: list[Spec], cfg: BenchConfig
         log(f"skipped {s['label']}: {s['reason']}")
     if not any(s.label == baseline for s in specs):
         raise BenchError(f"baseline {baseline!r} is not among the strategies that can run")
+    by_index = {p.index: p for p in prompts}
+    if sorted(by_index) != list(range(len(prompts))):
+        raise BenchError("prompt indices must be 0..n-1 (shards are taken by index)")
     idx = shard_indices(len(prompts), cfg.shard)
     encoded = {p.index: fit_length(encode(loaded, p.text, cfg.chat), cfg.prompt_tokens) for p in prompts
                if p.index in idx}
@@ -552,7 +555,7 @@ def run_bench(loaded, prompts: list[Prompt], specs: list[Spec], cfg: BenchConfig
                 eos = loaded.eos_id
                 n_text = gen[b].index(eos) if eos is not None and eos in gen[b] else len(gen[b])
                 outs.append(dict(prompt=pi, token_ids=gen[b], text=text, text_tokens=n_text,
-                                 correct=is_correct(text, prompts[pi].answer),
+                                 correct=is_correct(text, by_index[pi].answer),
                                  nll=_round(masked_nll(model, encoded[pi], gen[b], eos, cfg.nll_masks,
                                                        cfg.nll_ratio, cfg.seed * 100003 + pi))))
             r["outputs"] = outs
@@ -828,24 +831,30 @@ def check_plot() -> None:
 
 
 def write_plot(report: dict, path: Path) -> None:
-    """Wall speedup vs token agreement, one labelled point per strategy; the frontier is drawn."""
+    """Speedup vs token agreement, one labelled point per strategy; the Pareto frontier is starred.
+
+    The speed axis follows ``settings.frontier``: wall speedup, or FLOP speedup with ``flops``.
+    """
     check_plot()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in report["summary"] if r.get("speedup") is not None and r.get("token_agreement") is not None]
+    flops = report["settings"].get("frontier") == "flops"
+    speed = "flop_speedup" if flops else "speedup"
+    rows = [r for r in report["summary"] if r.get(speed) is not None and r.get("token_agreement") is not None]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
-        ax.scatter(r["speedup"], r["token_agreement"], marker="*" if r.get("pareto") else "o",
+        ax.scatter(r[speed], r["token_agreement"], marker="*" if r.get("pareto") else "o",
                    s=90 if r.get("pareto") else 40, color="tab:red" if r["baseline"] else "tab:blue")
-        ax.annotate(r["label"], (r["speedup"], r["token_agreement"]), textcoords="offset points", xytext=(4, 4),
-                    fontsize=7)
-    front = sorted((r["speedup"], r["token_agreement"]) for r in rows if r.get("pareto"))
+        # sweep points: only the swept settings, so neighbouring labels stay short
+        label = r["label"].split(":", 1)[1].replace(":", " ") if r.get("sweep") and ":" in r["label"] else r["label"]
+        ax.annotate(label, (r[speed], r["token_agreement"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    front = sorted((r[speed], r["token_agreement"]) for r in rows if r.get("pareto"))
     if len(front) > 1:
         ax.plot(*zip(*front), color="tab:gray", linewidth=0.8, linestyle="--")
-    ax.set_xlabel("wall speedup vs " + report["baseline"])
+    ax.set_xlabel(("FLOP" if flops else "wall") + " speedup vs " + report["baseline"])
     ax.set_ylabel("token agreement with " + report["baseline"])
     m = report["model"]
     ax.set_title(f"{_model_label(m)} ({m['family']}), gen {report['settings']['gen_length']}, "
