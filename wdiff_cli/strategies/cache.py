@@ -17,8 +17,8 @@ import torch
 from ..models.core import Attend, DiffusionLM, KVCache
 from ..trace import StepEvent
 from . import unmask
-from .base import Canvas, Sampling, StepRecorder, make_generator, score, vanilla_step_flops
-from .vanilla import block_counts, block_plan
+from .base import Canvas, Sampling, StepRecorder, make_generator, vanilla_step_flops
+from .vanilla import block_plan, select_in_block
 
 
 @dataclass(frozen=True)
@@ -79,11 +79,8 @@ def run(model: DiffusionLM, canvas: Canvas, sampling: Sampling, cfg: CacheConfig
                                      n_query=[h - l for l, h in zip(q_lo, q_hi)], n_keys=lens)
                 for b in range(B):
                     rec.positions(b, computed=range(q_lo[b], q_hi[b]), attended=range(lens[b]))
-            x0, conf = score(model, logits, sampling, gen)
-            conf = conf.masked_fill(~in_block, float("-inf"))
-            k = None if cfg.threshold is not None else block_counts(
-                model, sampling, in_block.sum(-1), j, spb, timesteps, llada_sched)
-            chosen = unmask.select(conf, k, cfg.threshold)
+            x0, conf, chosen = select_in_block(model, logits, sampling, gen, in_block, j, spb, timesteps,
+                                               llada_sched, cfg.threshold)
             rec.commit(block_pos, chosen, x0, conf)
             yield rec.event(vflops)
             step += 1

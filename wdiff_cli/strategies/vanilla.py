@@ -48,13 +48,23 @@ def block_counts(model: DiffusionLM, sampling: Sampling, n_masks: torch.Tensor, 
                         device=n_masks.device)
 
 
+def select_in_block(model, logits, sampling: Sampling, gen, in_block, j: int, spb: int, timesteps, llada_sched,
+                    threshold):
+    """Score a block's logits (B, bl, V) and choose what to commit: the schedule's top-k or the threshold."""
+    x0, conf = score(model, logits, sampling, gen)
+    conf = conf.masked_fill(~in_block, float("-inf"))
+    k = None if threshold is not None else block_counts(model, sampling, in_block.sum(-1), j, spb, timesteps,
+                                                        llada_sched)
+    return x0, conf, unmask.select(conf, k, threshold)
+
+
 def run(model: DiffusionLM, canvas: Canvas, sampling: Sampling, cfg: VanillaConfig,
         level: str = "full") -> Iterator[StepEvent]:
     a = model.args
     shift = int(a.shift_logits)
     bl, n_blocks, spb = block_plan(canvas.gen_length, cfg.steps, cfg.block_length)
     gen = make_generator(canvas.device, sampling.seed)
-    x, pos, B = canvas.x, canvas.pos, canvas.B
+    x, B = canvas.x, canvas.B
     key_valid = canvas.valid if canvas.ragged else None
     vflops = vanilla_step_flops(model, canvas)
     offsets = torch.arange(bl, device=canvas.device)
@@ -77,11 +87,8 @@ def run(model: DiffusionLM, canvas: Canvas, sampling: Sampling, cfg: VanillaConf
                 p_transfer = 1 - s / t if j < spb - 1 else 1
                 chosen = in_block & (torch.rand(in_block.shape, device=x.device, generator=gen) < p_transfer)
             else:
-                x0, conf = score(model, logits, sampling, gen)
-                conf = conf.masked_fill(~in_block, float("-inf"))
-                k = None if cfg.threshold is not None else block_counts(
-                    model, sampling, in_block.sum(-1), j, spb, timesteps, llada_sched)
-                chosen = unmask.select(conf, k, cfg.threshold)
+                x0, conf, chosen = select_in_block(model, logits, sampling, gen, in_block, j, spb, timesteps,
+                                                   llada_sched, cfg.threshold)
             rec.commit(block_pos, chosen, x0, conf)
             for b in range(B):
                 rec.positions(b, computed=range(canvas.row_lens[b]))

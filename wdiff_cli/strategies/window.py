@@ -144,7 +144,6 @@ def run(model: DiffusionLM, canvas: Canvas, sampling: Sampling, cfg: WindowConfi
     shift = int(a.shift_logits)
     B, T, G = canvas.B, canvas.T, canvas.gen_length
     dev = canvas.device
-    x = canvas.x
     gen = make_generator(dev, sampling.seed)
     cache = KVCache(a, B, T, dev, model.dtype)
     plans = [_RowPlan(T, dev) for _ in range(B)]
