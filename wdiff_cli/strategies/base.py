@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..models.core import Attend, DiffusionLM
-from ..trace import StepEvent, spans
+from ..trace import StepEvent, expand, spans
 from . import unmask
 
 
@@ -64,9 +64,6 @@ class Canvas:
 
     def generated(self) -> list[list[int]]:
         return [self.x[b, n: n + self.gen_length].tolist() for b, n in enumerate(self.prompt_lens)]
-
-    def masks_left(self) -> list[int]:
-        return self.masked().sum(-1).tolist()
 
 
 @dataclass
@@ -138,9 +135,9 @@ class StepRecorder:
             r["masks_left"] = left[b]
             if self.level == "full" and "computed" in r:
                 lo, hi = self.canvas.prompt_lens[b], self.canvas.row_lens[b]
-                att = set(_expand(r.get("attended", r["computed"])))
-                comp = set(_expand(r["computed"]))
-                mpos = [p for p in masked[b, lo:hi].nonzero().flatten().add(lo).tolist()]
+                att = set(expand(r.get("attended", r["computed"])))
+                comp = set(expand(r["computed"]))
+                mpos = masked[b, lo:hi].nonzero().flatten().add(lo).tolist()
                 r["buffer"] = spans([p for p in mpos if p in att and p not in comp])
                 r["far_field"] = spans([p for p in mpos if p not in att])
         return StepEvent(
@@ -149,13 +146,6 @@ class StepRecorder:
             tokens_computed=self.tokens, flops=self.flops, vanilla_flops=vanilla_flops,
             rows=self.rows,
         )
-
-
-def _expand(sp):
-    out = []
-    for a, b in sp:
-        out.extend(range(a, b))
-    return out
 
 
 def vanilla_step_flops(model: DiffusionLM, canvas: Canvas) -> int:
@@ -169,16 +159,9 @@ def make_generator(device, seed: int) -> torch.Generator:
     return g
 
 
-def score(model: DiffusionLM, logits, sampling: Sampling, generator, alg: str | None = None):
+def score(model: DiffusionLM, logits, sampling: Sampling, generator):
     """Family scoring: logits (B, N, V) -> (x0 (B, N), confidence (B, N))."""
     if model.args.family == "llada":
         return unmask.llada_score(logits, sampling.temperature, sampling.remasking, generator)
-    return unmask.dream_score(logits, alg or sampling.alg, sampling.temperature, sampling.top_p,
+    return unmask.dream_score(logits, sampling.alg, sampling.temperature, sampling.top_p,
                               sampling.top_k, generator)
-
-
-def scatter_rows(values: torch.Tensor, index: torch.Tensor, width: int, fill) -> torch.Tensor:
-    """values (B, N) at canvas positions index (B, N) -> (B, width) filled with ``fill`` elsewhere."""
-    out = torch.full((values.shape[0], width + 1), fill, dtype=values.dtype, device=values.device)
-    out.scatter_(1, index, values)
-    return out[:, :width]
